@@ -559,6 +559,33 @@ def test_one_mapping_repair_of_a_torn_down_container_keeps_its_chain(
     _named_not_repaired(done, json.loads(done.stdout), _WHY)
 
 
+def test_one_mapping_repair_of_a_healthy_torn_down_container_names_nothing(
+    nodes: tuple[str, str], tmp_path: Path, iptables_mode: rp.Mode
+) -> None:
+    """The same container with its chain and entry rule all there (one ADD): its check
+    says healthy, and its repair wrote nothing but warned `could not repair IPv4
+    podman/dying (CNI-DN-...): its address 10.88.0.8 is on no interface ...` of a chain
+    that lacked nothing (exit 0): a cron job's log said a repair failed every night.
+    Now it names nothing, as the node's repair says nothing of such a chain."""
+    host, container = nodes
+    conf = _debian_added(host, iptables_mode, ("10.88.0.8/16",))
+    rp.write_cni_cache(tmp_path, "podman", "dying", "eth0", conf, [rp.port_mapping(8080, 80)],
+                       ["10.88.0.8/16"], netns=f"/run/netns/{container}")  # fmt: skip
+    stdin = tmp_path / "dying.json"
+    stdin.write_text(json.dumps(conf))
+    node = ["--netns", host, "--cni-cache-dir", str(tmp_path), "--family", "4",
+            "--iptables", iptables_mode, "-o", "json"]  # fmt: skip
+    one = [*node, "--container", "dying", "--cni-config", str(stdin), "--ifname", "eth0"]
+    before = rp.nat_rules(rp.save(host, 4, iptables_mode))
+    for command in (["check", *one], ["check", "--repair", *one], ["check", "--repair", *node]):
+        done = pmctl.run(command)
+        assert done.returncode == 0, (command, done.stdout + done.stderr)
+        assert "could not repair" not in done.stderr, (command, done.stderr)
+        out = json.loads(done.stdout)
+        assert out["healthy"] and not out.get("unrepaired"), out
+    assert rp.nat_rules(rp.save(host, 4, iptables_mode)) == before
+
+
 @pytest.mark.parametrize(
     "lost",
     [(_NET1_DNAT,), (_NET1_MASQ,), (_NET1_DNAT, _NET2_DNAT)],

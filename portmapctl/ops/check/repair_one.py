@@ -40,6 +40,7 @@ from portmapctl.ops.check.run import (
     with_owner_problems,
 )
 from portmapctl.ops.check.torn_down import (
+    CHAIN_KINDS,
     TornDownLook,
     one_mapping_held,
     torn_beside,
@@ -156,8 +157,14 @@ def _repair_mapping(
             if families
             else []
         )
+        # (Named where its chain had a problem: one left healthy is no news.)
+        lacking = {p.family for p in before.problems if p.kind in CHAIN_KINDS}
         unrepaired += [
-            u for family in short for a in (*dying, *torn) if (u := look.not_made(a, family, name))
+            u
+            for family in short
+            if family in lacking
+            for a in (*dying, *torn)
+            if (u := look.not_made(a, family, name))
         ]
         unrepaired = _in_row_order([*unrepaired, *missing.values()])
         warnings += [u.text for u in unrepaired]

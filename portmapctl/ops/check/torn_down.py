@@ -384,7 +384,7 @@ def one_mapping_fixes(
         chain = next((c for c in held if c.name == name), None)
         if chain is None:
             # Left out whole: what stays is the shared chains' (made as ever).
-            still[family] = set(ProblemKind) - _CHAIN_KINDS
+            still[family] = set(ProblemKind) - CHAIN_KINDS
             continue
         found = check_container(config, chain, live, "", exact=True, any_order=True)
         still[family] = {p.kind for p in found}
@@ -397,7 +397,7 @@ def one_mapping_fixes(
 
 
 # The kinds of problem of a container's own chain and entry rules (compare.check_container).
-_CHAIN_KINDS = frozenset(
+CHAIN_KINDS = frozenset(
     {
         ProblemKind.MISSING_CHAIN,
         ProblemKind.MISSING_RULES,
