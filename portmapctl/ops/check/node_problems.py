@@ -402,8 +402,7 @@ def zombies(
                 a.dnat_chain if present or not in_nft else nft_chain,
                 a.network,
                 a.container_id,
-                f"cached on {name_text(a.network)}, but its network namespace"
-                f" {name_text(str(a.netns))} is gone{where}; not repaired",
+                f"{zombie_gone(a)}{where}; not repaired",
                 _zombie_fix(
                     a,
                     fixes,
@@ -414,8 +413,7 @@ def zombies(
                 if left
                 else "nothing of it is left for gc to remove: delete its cache entry"
                 f" {name_text(a.path)} once the runtime is done with the container",
-                "the runtime forgot the container without a CNI DEL: its cache entry keeps"
-                " its host ports taken"
+                f"{ZOMBIE_FORGOT}: its cache entry keeps its host ports taken"
                 if left
                 # Nothing takes its ports: a DEL that failed after portmap's (bridge's,
                 # its masquerade chain gone in a firewall restart) leaves just this.
@@ -432,11 +430,17 @@ def zombies(
     return problems
 
 
+ZOMBIE_FORGOT = "the runtime forgot the container without a CNI DEL"
 _ZOMBIE_LEFT_NOTHING = (
-    "the runtime forgot the container without a CNI DEL, or its DEL failed after"
-    " portmap's (libcni then keeps the entry): its host ports are free, but it is"
-    " reported until its cache entry goes"
+    f"{ZOMBIE_FORGOT}, or its DEL failed after portmap's (libcni then keeps the entry):"
+    " its host ports are free, but it is reported until its cache entry goes"
 )
+
+
+def zombie_gone(a: Attachment) -> str:
+    """What a zombie row says of its entry first (the one-mapping repair's why too:
+    torn_down.TornDownLook.dead)."""
+    return f"cached on {name_text(a.network)}, but its network namespace {name_text(str(a.netns))} is gone"
 
 
 def _zombie_fix(

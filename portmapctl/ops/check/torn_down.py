@@ -276,14 +276,16 @@ def torn_own(
     the other interfaces alone (torn_beside), so its own lost rules were written anew,
     a DNAT to an address its namespace no longer holds; the node's repair leaves them.
     Without such an entry (nothing cached says it is the container's) nothing is.
-    `backend`: the one `config` is kept in (no entry cached for the other is its own)."""
+    `backend`: the one `config` is kept in (no entry cached for the other is its own).
+    So are its own entries that are zombies, where no live one is among them (the
+    namespace gone: the container is dead, its address free for the next one): the
+    node's repair expects nothing of a zombie; this one wrote the mapping given, exit 0
+    (TornDownLook.dead says why)."""
     other = Backend.IPTABLES if backend == Backend.NFTABLES else Backend.NFTABLES
     group = [
         a
         for a in entries
-        if a.mapping is not None
-        and not a.zombie
-        and dnat_chain_name(a.mapping) == dnat_chain_name(config)
+        if a.mapping is not None and dnat_chain_name(a.mapping) == dnat_chain_name(config)
     ]
     addresses = (config.address(4), config.address(6))
     # `ifname`'s entry is its own whatever backend its key names: one cached
@@ -294,6 +296,10 @@ def torn_own(
         if a.mapping.backend != other  # type: ignore[union-attr]
         and (a.mapping.address(4), a.mapping.address(6)) == addresses  # type: ignore[union-attr]
     ]
+    if mine and all(a.zombie for a in mine):
+        look.dead(mine, config)
+        return mine
+    mine = [a for a in mine if not a.zombie]
     if not mine:
         return []
     # Judged by the addresses the write DNATs to (`config`'s), in the entry's namespace.
@@ -546,6 +552,19 @@ class TornDownLook:
             )
             self.why[(attachment.path, family)] = why
         return True
+
+    def dead(self, attachments: Sequence[Attachment], config: MappingConfig) -> None:
+        """Why nothing is made of `config` for these zombie entries (torn_own), in each
+        family it has an address of: the zombie row's words (node_problems)."""
+        from portmapctl.ops.check.node_problems import ZOMBIE_FORGOT, zombie_gone
+
+        for a in attachments:
+            for family in (4, 6):
+                if config.address(family) is not None:
+                    self.why[(a.path, family)] = (
+                        f"{zombie_gone(a)} ({ZOMBIE_FORGOT}): a rule made now would send"
+                        " its host ports to an address the next container may get"
+                    )
 
     @staticmethod
     def _addresses(attachment: Attachment) -> Dict[int, str]:
