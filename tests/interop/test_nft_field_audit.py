@@ -778,6 +778,69 @@ def test_a_table_a_refused_and_a_torn_down_container_alone_want_offers_no_repair
 
 
 @pytest.mark.parametrize(
+    "fate, order",
+    [("zombie", "first"), ("zombie", "last"), ("unreadable", "first")],
+)
+def test_a_gone_containers_entry_beside_a_container_in_doubt_offers_no_repair(
+    node: str, tmp_path: Path, fate: str, order: str
+) -> None:
+    """zomb1 (v1.9.1, IPv4-only, LAB_ONLY, one mapping for hostIP 2001:db8::10), its
+    namespace gone (or its cache entry cut short), beside deb1, live, added by Debian's
+    1.1.1 under `"backend": "nftables"` (a key it ignores: its chain in iptables),
+    before or after it; nothing cut. v1.9.1's ADD leaves the ip table with
+    prerouting/output holding LAB_ONLY alone (its `#` takes the jump), zomb1's
+    masquerade rules, no DNAT rule, no ip6 table. deb1 is in doubt (the table is not
+    as the plugin leaves it), zomb1 gc's: the repair writes nothing for either. The
+    nft-missing-entry rows offered `check --repair` on every run (zomb1's `incomplete`
+    row, whose fix is gc's, counted as a need of the table) and it wrote nothing (found
+    by tests/unit/test_repair_property.py). They name no fix: deb1's warning says why."""
+    zombie = ("zomb1", ["10.88.0.40/16"], [_pm(8040, 80, host_ip="2001:db8::10")])
+
+    def add_zombie() -> None:
+        conf = _plugin_add(node, tmp_path, zombie, cached=False, conditions_v4=[LAB_ONLY])
+        entry = rp.write_cni_cache(tmp_path, "podman", "zomb1", "eth0", conf, zombie[2],
+                                   zombie[1], netns="/run/netns/does-not-exist")  # fmt: skip
+        if fate == "unreadable":
+            entry.write_text(entry.read_text()[:50])
+
+    if order == "first":
+        add_zombie()
+    rp.hold_addresses(rp.container_netns(), ["10.88.0.41/16"])
+    _debian_gone(node, tmp_path, "deb1", "10.88.0.41/16", 8041, lose=False)
+    if order == "last":
+        add_zombie()
+    # What v1.9.1 left: the conditions alone in both entry chains, no DNAT rule, no ip6.
+    for chain in ("prerouting", "output"):
+        (rule,) = _rules_of(node, chain)
+        assert "jump" not in json.dumps(rule["expr"]), rule
+    assert _rules_of(node, "hostports") == []
+    assert "table ip6 cni_hostport" not in upstream.ruleset_text(node)
+    checked = _pmctl(node, tmp_path, "check", "-o", "json")
+    assert checked.returncode == 1, checked.stdout + checked.stderr
+    entry = [p for p in _problems(checked) if p["kind"] == "nft-missing-entry"]
+    assert sorted((p["family"], p["chain"]) for p in entry) == [(4, "output"), (4, "prerouting")]
+    gone = {p["kind"]: p["fix"] for p in _problems(checked) if p["container_id"] == "zomb1"}
+    assert "incomplete" in gone and all("--repair" not in (fix or "") for fix in gone.values()), (
+        gone
+    )
+    assert "podman/deb1: its cached config says" in checked.stderr, checked.stderr
+    assert _repairs(checked) == []  # (before: both entry rows)
+    before = _both_rulesets(node)
+    repaired = _pmctl(node, tmp_path, "check", "--repair", "-o", "json")
+    assert repaired.returncode == 1, repaired.stdout + repaired.stderr
+    assert _both_rulesets(node) == before
+    assert json.loads(repaired.stdout)["fixed"] == []
+    again = _pmctl(node, tmp_path, "check", "-o", "json")
+    assert _repairs(again) == []
+    assert _problems(again) == _problems(checked)
+
+
+def _repairs(done) -> list:
+    """The rows whose fix is `check --repair` (a zombie's row names gc)."""
+    return [p for p in _problems(done) if p["fix"] and "--repair" in p["fix"]]
+
+
+@pytest.mark.parametrize(
     "who, beside, state",
     [
         ("api1", "alone", "flushed"),

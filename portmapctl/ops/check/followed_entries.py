@@ -164,19 +164,20 @@ def left_alone(
     from portmapctl.ops.check.nft_table_rows import nft_wanted
     from portmapctl.ops.check.repair_report import names_repair
 
-    # The families some other container's problem in nftables shows in need of them. Not
-    # a zombie's (its row names its rules there and their family, nft.held_rules), nor a
-    # stale one's (rules of a container the cache does not know): their fix is gc's, and
-    # --repair plans nothing for them (a stale row kept the table's --repair where only
-    # a container in doubt wanted it; the repair wrote nothing, the next check offered
-    # it again).
+    # The families some other container's problem in nftables that --repair makes shows
+    # in need of them. Not one whose fix is another: a zombie's (its row names its rules
+    # there and their family, nft.held_rules), a stale one's (rules of a container the
+    # cache does not know) or an unreadable entry's (`incomplete`: its masquerade rules
+    # without a DNAT rule) are gc's, and --repair plans nothing for them (each kept the
+    # table's --repair where only a container in doubt wanted it; the repair wrote
+    # nothing, the next check offered it again).
     needed = {
         p.family
         for p in result.problems
         if p.in_nftables
         and p.container_id is not None
         and not _of_entries(p, entries)
-        and p.kind not in (ProblemKind.ZOMBIE, ProblemKind.STALE)
+        and names_repair(p.fix)
         and (p.network, p.container_id) not in refused
     }
     # A row of the table that names why the repair leaves it already (nft_refused's,
