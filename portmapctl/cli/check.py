@@ -137,7 +137,9 @@ def check_command(
                 repaired.append(result)
             elif config is not None:
                 result = _with_repair_command(
-                    check_lib.check_mapping(node, config, mapping.ifname, forced=forced)
+                    check_lib.check_mapping(
+                        node, config, mapping.ifname, forced=forced, spelling=spelling_of(mapping)
+                    )
                 )
             else:
                 result = check_lib.check_node(node)

@@ -12,6 +12,7 @@ from pmctl import assert_error, ok, run
 
 FIXTURES = Path(__file__).parents[1] / "fixtures"
 ADD = ["add", "--network", "mynet", "--container", "abc123", "--ip", "10.88.0.5/16"]
+CHAIN = "CNI-DN-70a29d9dc18bc4d652ea5"  # mynet/abc123's
 
 
 @pytest.fixture
@@ -276,3 +277,51 @@ def test_check_repair_of_one_mapping_whose_setmark_chain_is_missing_names_it(hos
     ) in done.stderr
     assert "missing-chain" in done.stdout
     assert _state(host_ns) == before
+
+
+@pytest.mark.parametrize("refusal", ["setmark-options", "setmark-cni-config", "unwritable"])
+def test_one_mapping_check_offers_no_repair_that_refuses_to_set_the_chain_up(
+    host_ns, iptables_mode, tmp_path, refusal
+):
+    """One mapping's check (`check --network ... -p ...`, or `--cni-config`) offered
+    `--repair` (missing-chain; missing-rules and extra-entry) where that repair refuses
+    the chain before it tries (`could not repair IPv4 mynet/abc123 ...`, exit 1,
+    nothing written): its externalSetMarkChain KUBE-MARK-MASQ missing, or a rule
+    entering its chain with control characters in its comment (another tool's:
+    iptables-restore cannot be given it back). Every run the same: a cron job's loop.
+    The rows name no fix and say why in the repair's words, as for a port move."""
+    ports = [{"hostPort": 8080, "containerPort": 80, "protocol": "tcp"}]
+    given = ["--netns", host_ns, "--iptables", iptables_mode, "--cni-cache-dir", str(tmp_path)]
+    if refusal == "setmark-cni-config":
+        conf = rp.plugin_conf("mynet", ["10.88.0.5/16"], ports,
+                              external_setmark_chain="KUBE-MARK-MASQ")  # fmt: skip
+        (tmp_path / "conf.json").write_text(json.dumps(conf))
+        given += ["--container", "abc123", "--cni-config", str(tmp_path / "conf.json")]
+    else:
+        given += [*ADD[1:], "-p", "8080:80"]
+    if refusal == "setmark-options":
+        given += ["--external-setmark-chain", "KUBE-MARK-MASQ"]
+    if refusal == "unwritable":
+        conf = rp.plugin_conf("mynet", ["10.88.0.5/16"], ports)
+        rp.run_plugin("ADD", host_ns, "abc123", conf, check=True, mode=iptables_mode)
+        rp.iptables(host_ns, ["-t", "nat", "-F", CHAIN], mode=iptables_mode)
+        rp.iptables(host_ns, ["-t", "nat", "-I", "CNI-HOSTPORT-DNAT", "-p", "tcp", "--dport",
+                              "9999", "-m", "comment", "--comment", "ev\x1b[2Jil", "-j", CHAIN],
+                    mode=iptables_mode)  # fmt: skip
+    checked = run(["check", *given, "-o", "json"])
+    assert checked.returncode == 1, checked.stdout + checked.stderr
+    rows = json.loads(checked.stdout)["problems"]
+    assert {r["kind"] for r in rows} == (
+        {"missing-rules", "extra-entry"} if refusal == "unwritable" else {"missing-chain"}
+    )
+    assert [r["fix"] for r in rows] == [None] * len(rows)  # (before: the command with --repair)
+    before = _modal_state(host_ns, iptables_mode)
+    repaired = run(["check", "--repair", *given, "-o", "json"])
+    assert repaired.returncode == 1, repaired.stdout + repaired.stderr
+    assert _modal_state(host_ns, iptables_mode) == before
+    start = f"could not repair IPv4 mynet/abc123 ({CHAIN}): "
+    (line,) = [line for line in repaired.stderr.splitlines() if start in line]
+    why = line.split(start, 1)[1]
+    assert all(r["why"].endswith(f"--repair would leave it as it is: {why}") for r in rows), rows
+    again = run(["check", *given, "-o", "json"])
+    assert json.loads(again.stdout)["problems"] == rows

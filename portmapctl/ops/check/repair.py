@@ -20,10 +20,9 @@ from typing import TYPE_CHECKING, Callable, Dict, List, Mapping, Optional, Seque
 
 from portmapctl.core.mapping import MappingConfig
 from portmapctl.core.status import ProblemKind
-from portmapctl.core.validate import CONFIG_KEYS, OPTIONS, Spelling
+from portmapctl.core.validate import OPTIONS, Spelling
 from portmapctl.errors import ApplyFailed, BadInput, Interrupted, PortmapctlError
 from portmapctl.iptables.chains import chain_name, dnat_chain_name
-from portmapctl.iptables.planner import missing_setmark_chain, unwritable_entry
 from portmapctl.iptables.ruleset import NatTable
 from portmapctl.iptables.transaction import Transaction
 from portmapctl.ops.check.cache_now import CacheNow, changed_mappings
@@ -33,7 +32,13 @@ from portmapctl.ops.check.followed_entries import Followed, follow_the_plugin, i
 from portmapctl.ops.check.port_moves import holder_name, plan_taking_nothing
 from portmapctl.ops.check.problem import CheckResult, Unrepaired
 from portmapctl.ops.check.read_once import ReadOnce
-from portmapctl.ops.check.repair_plan import _plan, _planned_node, _setup, bit_unknown
+from portmapctl.ops.check.repair_plan import (
+    _plan,
+    _planned_node,
+    _setup,
+    bit_unknown,
+    refused_setup,
+)
 from portmapctl.ops.check.repair_report import (
     LEFT,
     _attempted,
@@ -57,14 +62,6 @@ _BIT_UNKNOWN = (
     " cache says the masquerade mark bit (markMasqBit): not written (a guess would masquerade"
     " what other software marks); give --cni-cache-dir"
 )
-
-
-def _missing_reference(config: MappingConfig, live: NatTable) -> Optional[str]:
-    """Why a cached `config` cannot be set up in this table as it is, found before
-    trying (planner.missing_setmark_chain)."""
-    return missing_setmark_chain(
-        config, live, CONFIG_KEYS, "restore it, then repair again"
-    ) or unwritable_entry(dnat_chain_name(config), live, "repair again")
 
 
 @dataclass(frozen=True)
@@ -139,7 +136,7 @@ def _repair_family(
     def usable(live: NatTable, these: Sequence[MappingConfig] = configs) -> List[MappingConfig]:
         kept = []
         for config in these:
-            why = _missing_reference(config, live)
+            why = refused_setup(config, live)
             if why is None:
                 kept.append(config)
                 skipped.pop(dnat_chain_name(config), None)

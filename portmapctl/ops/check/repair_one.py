@@ -21,7 +21,6 @@ from portmapctl.core.mapping import MappingConfig
 from portmapctl.core.validate import OPTIONS, Spelling
 from portmapctl.errors import Interrupted
 from portmapctl.iptables.chains import Chain, dnat_chain_name
-from portmapctl.iptables.planner import missing_setmark_chain, unwritable_entry
 from portmapctl.iptables.ruleset import NatTable
 from portmapctl.iptables.transaction import Transaction
 from portmapctl.ops.check.cache_now import changed_mappings
@@ -30,7 +29,7 @@ from portmapctl.ops.check.followed import followed, nft_mapping
 from portmapctl.ops.check.hints import WOULD_LEAVE
 from portmapctl.ops.check.port_moves import holder_name, ports_taken
 from portmapctl.ops.check.problem import CheckResult, Problem, Unrepaired
-from portmapctl.ops.check.repair_plan import _plan, _planned_node
+from portmapctl.ops.check.repair_plan import _plan, _planned_node, refused_setup
 from portmapctl.ops.check.repair_report import _attempted, _in_row_order, _repaired, say_repaired
 from portmapctl.ops.check.run import (
     SAME_WITH_REPAIR,
@@ -82,7 +81,7 @@ def _repair_mapping(
         return replace(done, notes=followed_notes + done.notes)
     refuse_what_iptables_refuses(node.backend, config, node.families, spelling)
     node, planned = _planned_node(node)
-    before = check_followed(node, config, ifname=ifname)
+    before = check_followed(node, config, ifname=ifname, spelling=spelling)
     transactions: Dict = {}
     families: List[int] = []  # where its chain or entry rules were (re)made
     unrepaired: List[Unrepaired] = []
@@ -120,9 +119,7 @@ def _repair_mapping(
     def plan(live: NatTable) -> Transaction:
         # A refusal no retry can cure is said, not tried (as the whole-node repair).
         name = dnat_chain_name(config)
-        why = missing_setmark_chain(
-            config, live, spelling, "restore it, then repair again"
-        ) or unwritable_entry(name, live, "repair again")
+        why = refused_setup(config, live, spelling)
         if why is None:
             held_stops(live)
             missing.pop(live.family, None)
@@ -268,7 +265,7 @@ def _port_move(
     return None if took is None else took.why(holder_name(live, took.holder))
 
 
-def port_moves_left(
+def repair_left(
     node: Node,
     config: MappingConfig,
     entries: Sequence[Attachment],
@@ -276,27 +273,28 @@ def port_moves_left(
     ifname: Optional[str],
     tables: ReadOnly[int, NatTable],
     problems: Sequence[Problem],
+    spelling: Spelling = OPTIONS,
 ) -> Tuple[Problem, ...]:
     """`problems` of one mapping (run.check_followed) whose fix is its --repair, those
-    of a family where that repair would take a port from another mapping and so leaves
-    the chain (_port_move) naming why instead, in the repair's words: offered, a cron
-    job ran a repair that wrote nothing, every time (a stale chain of the same
-    container on another network holding the port: port_moves)."""
+    of a family where that repair leaves the chain naming why instead, in the repair's
+    words (`spelling`: how the mapping was given): where the chain cannot be set up
+    there (refused_setup: its externalSetMarkChain missing, an entry rule that cannot
+    be written back), or would take a port from another mapping (_port_move: a stale
+    chain of the same container on another network holding it, port_moves). Offered,
+    a cron job ran a repair that wrote nothing, every time."""
     families = sorted({p.family for p in problems if p.fix == SAME_WITH_REPAIR})
     one = _one_plan(config, entries, sharing, ifname)
     own_chains = _own_chains(node, config)
     why: Dict[int, str] = {}
     for family in families:
         live = tables.get(family)
-        name = dnat_chain_name(config)
-        if (
-            live is None
-            or missing_setmark_chain(config, live, OPTIONS, "")
-            or unwritable_entry(name, live, "")
-        ):
-            continue  # (the repair refuses it for that: not a port moved)
-        if (moved := _port_move(live, one.setup(live), config, own_chains)) is not None:
-            why[family] = moved
+        if live is None:
+            continue
+        left = refused_setup(config, live, spelling) or _port_move(
+            live, one.setup(live), config, own_chains
+        )
+        if left is not None:
+            why[family] = left
     return tuple(
         replace(p, fix=WOULD_LEAVE.format(why=why[p.family]))
         if p.fix == SAME_WITH_REPAIR and p.family in why

@@ -10,9 +10,10 @@ from dataclasses import replace
 from typing import Callable, List, Optional, Sequence, Tuple
 
 from portmapctl.core.mapping import MappingConfig
+from portmapctl.core.validate import CONFIG_KEYS, Spelling
 from portmapctl.iptables import shapes
-from portmapctl.iptables.chains import MASQ, SETMARK, Chain
-from portmapctl.iptables.planner import plan_setup
+from portmapctl.iptables.chains import MASQ, SETMARK, Chain, dnat_chain_name
+from portmapctl.iptables.planner import missing_setmark_chain, plan_setup, unwritable_entry
 from portmapctl.iptables.ruleset import NatTable
 from portmapctl.iptables.transaction import Transaction
 from portmapctl.ops.check.cache_now import CacheNow
@@ -107,3 +108,16 @@ def _planned_node(node: Node) -> Tuple[Node, ReadOnce]:
     """The node with reads that are made once (see ReadOnce)."""
     planned = ReadOnce(node.backend)
     return replace(node, backend=planned), planned
+
+
+def refused_setup(
+    config: MappingConfig, live: NatTable, spelling: Spelling = CONFIG_KEYS
+) -> Optional[str]:
+    """Why `config`'s chain cannot be set up in this table as it is, whatever is
+    retried (found before trying: its externalSetMarkChain missing, planner.
+    missing_setmark_chain; an entry rule iptables-restore cannot be given back,
+    planner.unwritable_entry), in both repairs' words (`spelling`: how its options
+    were given); None where nothing stops it."""
+    return missing_setmark_chain(
+        config, live, spelling, "restore it, then repair again"
+    ) or unwritable_entry(dnat_chain_name(config), live, "repair again")

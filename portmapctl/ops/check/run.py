@@ -11,6 +11,7 @@ from portmapctl.core import validate
 from portmapctl.core.mapping import MappingConfig
 from portmapctl.core.status import Status
 from portmapctl.core.text import count
+from portmapctl.core.validate import OPTIONS, Spelling
 from portmapctl.errors import HostProblem
 from portmapctl.iptables import inventory, plugin_rules
 from portmapctl.iptables.chains import (
@@ -289,11 +290,17 @@ def _uncached_elsewhere(read: NodeTables, attachments: Optional[List[Attachment]
 
 
 def check_mapping(
-    node: Node, config: MappingConfig, ifname: Optional[str] = None, forced: bool = False
+    node: Node,
+    config: MappingConfig,
+    ifname: Optional[str] = None,
+    forced: bool = False,
+    spelling: Spelling = OPTIONS,
 ) -> CheckResult:
     """Check one mapping as the plugin's CHECK does (a missing chain is a failure), in
     the backend its container is followed to (`followed`; `forced`: --backend's, given
-    with the mapping options, else its --cni-config's key); `ifname`: its interface."""
+    with the mapping options, else its --cni-config's key); `ifname`: its interface;
+    `spelling`: how its options were given (what its --repair would leave says them
+    so)."""
     given = config.backend
     try:
         config, notes = followed(node, config, forced=forced, ifname=ifname)
@@ -301,9 +308,9 @@ def check_mapping(
         # As the node's check (in_doubt_left): judged where it was asked (by its key,
         # nftables, under auto), naming no fix, and a warning says why.
         config = replace(config, backend=given or doubt.judged_in or node.options.keyless)
-        result = check_followed(node, config, (), ifname)
+        result = check_followed(node, config, (), ifname, spelling)
         return left_alone(result, {(config.network, config.container_id)}, [str(doubt)])
-    result = check_followed(node, config, notes, ifname)
+    result = check_followed(node, config, notes, ifname, spelling)
     if given is not None and config.backend == given and notes:
         # Checked where --backend or its config's key says, not where the plugin keeps
         # it (`followed`'s note; one followed elsewhere has another backend): --repair
@@ -316,7 +323,11 @@ def check_mapping(
 
 
 def check_followed(
-    node: Node, config: MappingConfig, notes: Tuple[str, ...] = (), ifname: Optional[str] = None
+    node: Node,
+    config: MappingConfig,
+    notes: Tuple[str, ...] = (),
+    ifname: Optional[str] = None,
+    spelling: Spelling = OPTIONS,
 ) -> CheckResult:
     """check_mapping of a mapping `followed` has been asked about already (--repair
     checks before and after: the node is not asked again)."""
@@ -390,11 +401,15 @@ def check_followed(
         )
         result = replace(result, problems=problems)
     if any(p.fix == SAME_WITH_REPAIR for p in result.problems):
-        # Where its --repair would take a port from another mapping (a stale chain of
-        # its own container on another network included), it leaves the chain: said so.
-        from portmapctl.ops.check.repair_one import port_moves_left
+        # Where its --repair cannot set the chain up (its externalSetMarkChain missing,
+        # an entry rule it cannot write back) or would take a port from another mapping
+        # (a stale chain of its own container on another network included), it leaves
+        # the chain: said so.
+        from portmapctl.ops.check.repair_one import repair_left
 
-        problems = port_moves_left(node, config, entries, sharing, ifname, tables, result.problems)
+        problems = repair_left(
+            node, config, entries, sharing, ifname, tables, result.problems, spelling
+        )
         result = replace(result, problems=problems)
     return replace(result, notes=notes + result.notes) if notes else result
 
