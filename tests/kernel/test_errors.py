@@ -10,6 +10,8 @@ import pytest
 import realplugin as rp
 from pmctl import assert_error, ok, run
 
+from portmapctl.ops.check.hints import REPAIR_COMMAND
+
 FIXTURES = Path(__file__).parents[1] / "fixtures"
 ADD = ["add", "--network", "mynet", "--container", "abc123", "--ip", "10.88.0.5/16"]
 CHAIN = "CNI-DN-70a29d9dc18bc4d652ea5"  # mynet/abc123's
@@ -308,20 +310,67 @@ def test_one_mapping_check_offers_no_repair_that_refuses_to_set_the_chain_up(
         rp.iptables(host_ns, ["-t", "nat", "-I", "CNI-HOSTPORT-DNAT", "-p", "tcp", "--dport",
                               "9999", "-m", "comment", "--comment", "ev\x1b[2Jil", "-j", CHAIN],
                     mode=iptables_mode)  # fmt: skip
+    _offers_no_repair_it_refuses(given, host_ns, iptables_mode, refusal)
+
+
+def _offers_no_repair_it_refuses(given: list, ns: str, mode: str, refusal: str) -> None:
+    """`check GIVEN` finds mynet/abc123's chain (CHAIN) wanting what `refusal` stops its
+    --repair from making, and names no fix: each row says why in the words of the
+    repair's `could not repair` line; that repair changes nothing, the next check is
+    the same."""
     checked = run(["check", *given, "-o", "json"])
     assert checked.returncode == 1, checked.stdout + checked.stderr
     rows = json.loads(checked.stdout)["problems"]
-    assert {r["kind"] for r in rows} == (
-        {"missing-rules", "extra-entry"} if refusal == "unwritable" else {"missing-chain"}
-    )
-    assert [r["fix"] for r in rows] == [None] * len(rows)  # (before: the command with --repair)
-    before = _modal_state(host_ns, iptables_mode)
+    assert {(r["kind"], r["chain"]) for r in rows} == (
+        {("missing-rules", CHAIN), ("extra-entry", CHAIN)}
+        if refusal == "unwritable"
+        else {("missing-chain", CHAIN)}
+    ), rows
+    assert [r["fix"] for r in rows] == [None] * len(rows), rows  # (before: with --repair)
+    before = _modal_state(ns, mode)
     repaired = run(["check", "--repair", *given, "-o", "json"])
     assert repaired.returncode == 1, repaired.stdout + repaired.stderr
-    assert _modal_state(host_ns, iptables_mode) == before
+    assert _modal_state(ns, mode) == before
     start = f"could not repair IPv4 mynet/abc123 ({CHAIN}): "
     (line,) = [line for line in repaired.stderr.splitlines() if start in line]
     why = line.split(start, 1)[1]
     assert all(r["why"].endswith(f"--repair would leave it as it is: {why}") for r in rows), rows
     again = run(["check", *given, "-o", "json"])
     assert json.loads(again.stdout)["problems"] == rows
+
+
+@pytest.mark.parametrize("refusal", ["setmark", "unwritable"])
+def test_node_check_offers_no_repair_that_refuses_to_set_a_cached_chain_up(
+    host_ns, iptables_mode, tmp_path, refusal
+):
+    """The node's check (`check --cni-cache-dir ...`) of a cached container (Debian's
+    plugin ADD) offered `portmapctl check --repair` where that repair refuses its chain
+    before it tries, as the one mapping's check did: its chain lost and its
+    externalSetMarkChain KUBE-MARK-MASQ deleted (missing-chain), or a rule entering its
+    chain with control characters in its comment (another tool's). `check --repair`
+    said `could not repair IPv4 mynet/abc123 ...` and wrote nothing, every run: a cron
+    job's loop. The rows name no fix and say why in the repair's words."""
+    cache = tmp_path / "cni"
+    ports = [{"hostPort": 8080, "containerPort": 80, "protocol": "tcp"}]
+    extra = {"external_setmark_chain": "KUBE-MARK-MASQ"} if refusal == "setmark" else {}
+    if extra:
+        rp.iptables(host_ns, ["-t", "nat", "-N", "KUBE-MARK-MASQ"], mode=iptables_mode)
+    conf = rp.plugin_conf("mynet", ["10.88.0.5/16"], ports, **extra)
+    rp.run_plugin("ADD", host_ns, "abc123", conf, check=True, mode=iptables_mode)
+    rp.write_cni_cache(cache, "mynet", "abc123", "eth0", conf, ports, ["10.88.0.5/16"])
+
+    def nat(*args: str) -> None:
+        rp.iptables(host_ns, ["-t", "nat", *args], mode=iptables_mode)
+
+    nat("-F", CHAIN)
+    if refusal == "setmark":
+        nat("-F", "CNI-HOSTPORT-DNAT")  # (its entry rule: the chain can go then)
+        nat("-X", CHAIN)
+        nat("-X", "KUBE-MARK-MASQ")
+    else:
+        nat("-I", "CNI-HOSTPORT-DNAT", "-p", "tcp", "--dport", "9999", "-m", "comment",
+            "--comment", "ev\x1b[2Jil", "-j", CHAIN)  # fmt: skip
+    given = ["--netns", host_ns, "--iptables", iptables_mode, "--cni-cache-dir", str(cache)]
+    text = run(["check", *given])
+    assert text.returncode == 1 and REPAIR_COMMAND not in text.stdout, text.stdout
+    _offers_no_repair_it_refuses(given, host_ns, iptables_mode, refusal)

@@ -7,7 +7,7 @@ both plan from. A module of its own so that neither repair imports the other's."
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import Callable, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from portmapctl.core.mapping import MappingConfig
 from portmapctl.core.validate import CONFIG_KEYS, Spelling
@@ -19,6 +19,8 @@ from portmapctl.iptables.transaction import Transaction
 from portmapctl.ops.check.cache_now import CacheNow
 from portmapctl.ops.check.compare import in_live_order
 from portmapctl.ops.check.expected import wanted_on_node, wanted_sharing
+from portmapctl.ops.check.hints import REPAIR_COMMAND, WOULD_LEAVE
+from portmapctl.ops.check.problem import Problem
 from portmapctl.ops.check.read_once import ReadOnce
 from portmapctl.ops.check.unread_entries import in_chain_order, unheld
 from portmapctl.ops.node import Node
@@ -121,3 +123,35 @@ def refused_setup(
     return missing_setmark_chain(
         config, live, spelling, "restore it, then repair again"
     ) or unwritable_entry(dnat_chain_name(config), live, "repair again")
+
+
+def refused_left(
+    problems: Sequence[Problem],
+    configs: Sequence[MappingConfig],
+    tables: Mapping[int, NatTable],
+) -> Tuple[Problem, ...]:
+    """The node check's `problems` whose fix is its --repair, those of a cached chain
+    that repair refuses in that family before it tries (refused_setup, as its
+    `usable` asks it of `configs`: of every config that wants the chain) saying why
+    instead, in its words, as one mapping's check does (repair_one.repair_left).
+    Offered, `check --repair` wrote nothing and said `could not repair`, every run."""
+    offered = {
+        (p.family, p.chain)
+        for p in problems
+        if p.family in tables and not p.in_nftables and REPAIR_COMMAND in p.fix
+    }
+    why: Dict[Tuple[int, str], Optional[str]] = {}
+    for config in configs if offered else ():
+        name = dnat_chain_name(config)
+        for family in config.families:
+            key = (family, name)
+            if key in offered and why.get(key, "") is not None:
+                # (One config of the chain the repair takes makes it: then not left.)
+                refused = refused_setup(config, tables[family])
+                why[key] = None if refused is None else why.get(key, refused)
+    return tuple(
+        replace(p, fix=WOULD_LEAVE.format(why=left))
+        if (left := why.get((p.family or 0, p.chain or ""))) is not None and REPAIR_COMMAND in p.fix
+        else p
+        for p in problems
+    )

@@ -22,10 +22,10 @@ from portmapctl.iptables.ruleset import (
     NatTable,
 )
 from portmapctl.ops.check.diagnose import diagnose, diagnose_mapping, iptables_configs
-from portmapctl.ops.check.expected import sharing_chain
+from portmapctl.ops.check.expected import cached_configs, sharing_chain
 from portmapctl.ops.check.followed import KeyInDoubt, followed, nft_mapping
 from portmapctl.ops.check.followed_entries import follow_the_plugin, in_doubt_left, left_alone
-from portmapctl.ops.check.hints import fixes_for
+from portmapctl.ops.check.hints import REPAIR_COMMAND, fixes_for
 from portmapctl.ops.check.problem import CheckResult, Problem
 from portmapctl.ops.check.unread_entries import (
     node_writes,
@@ -142,6 +142,14 @@ def check_node(node: Node) -> CheckResult:
             read.tables,
             result.nft_placed,
         )
+        result = replace(result, problems=problems)
+    if read.tables and any(REPAIR_COMMAND in p.fix for p in result.problems):
+        # Where its repair refuses a cached chain before it tries (its
+        # externalSetMarkChain missing, an entry rule it cannot write back): said so.
+        from portmapctl.ops.check.repair_plan import refused_left
+
+        configs = cached_configs(followed.written(followed.attachments or ()))
+        problems = refused_left(result.problems, configs, read.tables)
         result = replace(result, problems=problems)
     if not followed.ignored:
         return result
