@@ -315,17 +315,17 @@ def test_one_mapping_check_offers_no_repair_that_refuses_to_set_the_chain_up(
 
 def _offers_no_repair_it_refuses(given: list, ns: str, mode: str, refusal: str) -> None:
     """`check GIVEN` finds mynet/abc123's chain (CHAIN) wanting what `refusal` stops its
-    --repair from making, and names no fix: each row says why in the words of the
+    --repair from making (setmark*, unwritable: it cannot set the chain up; port: it
+    would take a port), and names no fix: each row says why in the words of the
     repair's `could not repair` line; that repair changes nothing, the next check is
     the same."""
     checked = run(["check", *given, "-o", "json"])
     assert checked.returncode == 1, checked.stdout + checked.stderr
     rows = json.loads(checked.stdout)["problems"]
-    assert {(r["kind"], r["chain"]) for r in rows} == (
-        {("missing-rules", CHAIN), ("extra-entry", CHAIN)}
-        if refusal == "unwritable"
-        else {("missing-chain", CHAIN)}
-    ), rows
+    kinds = {"unwritable": ("missing-rules", "extra-entry"), "port": ("missing-rules",)}
+    assert {(r["kind"], r["chain"]) for r in rows} == {
+        (kind, CHAIN) for kind in kinds.get(refusal, ("missing-chain",))
+    }, rows
     assert [r["fix"] for r in rows] == [None] * len(rows), rows  # (before: with --repair)
     before = _modal_state(ns, mode)
     repaired = run(["check", "--repair", *given, "-o", "json"])
@@ -374,3 +374,25 @@ def test_node_check_offers_no_repair_that_refuses_to_set_a_cached_chain_up(
     text = run(["check", *given])
     assert text.returncode == 1 and REPAIR_COMMAND not in text.stdout, text.stdout
     _offers_no_repair_it_refuses(given, host_ns, iptables_mode, refusal)
+
+
+def test_node_check_offers_no_repair_that_would_take_a_port(host_ns, iptables_mode, tmp_path):
+    """Two cached containers on one host port (Debian's plugin ADDs: abc123's entry
+    rule first), abc123's chain flushed: def456 gets tcp/8080 now. The node's check
+    offered `portmapctl check --repair` (missing-rules) on every run, while that repair
+    left the chain ("could not repair IPv4 mynet/abc123 ...: its chain would take
+    tcp/8080 from mynet/def456 ...; a repair never moves a port between mappings",
+    exit 1) and wrote nothing: a cron job's loop. The row names no fix and says why in
+    the repair's words; def456 keeps the port."""
+    cache = tmp_path / "cni"
+    ports = [{"hostPort": 8080, "containerPort": 80, "protocol": "tcp"}]
+    for cid, ip in (("abc123", "10.88.0.5/16"), ("def456", "10.88.0.6/16")):
+        conf = rp.plugin_conf("mynet", [ip], ports)
+        rp.run_plugin("ADD", host_ns, cid, conf, check=True, mode=iptables_mode)
+        rp.write_cni_cache(cache, "mynet", cid, "eth0", conf, ports, [ip])
+    rp.iptables(host_ns, ["-t", "nat", "-F", CHAIN], mode=iptables_mode)
+    given = ["--netns", host_ns, "--iptables", iptables_mode, "--cni-cache-dir", str(cache)]
+    text = run(["check", *given])
+    assert text.returncode == 1 and REPAIR_COMMAND not in text.stdout, text.stdout
+    _offers_no_repair_it_refuses(given, host_ns, iptables_mode, "port")
+    assert "would take tcp/8080 from mynet/def456" in text.stdout, text.stdout

@@ -29,7 +29,6 @@ from portmapctl.ops.check.cache_now import CacheNow, changed_mappings
 from portmapctl.ops.check.compare import held_elsewhere
 from portmapctl.ops.check.expected import cached_configs, wanted_on_node
 from portmapctl.ops.check.followed_entries import Followed, follow_the_plugin, in_doubt_left
-from portmapctl.ops.check.port_moves import holder_name, plan_taking_nothing
 from portmapctl.ops.check.problem import CheckResult, Unrepaired
 from portmapctl.ops.check.read_once import ReadOnce
 from portmapctl.ops.check.repair_plan import (
@@ -37,6 +36,7 @@ from portmapctl.ops.check.repair_plan import (
     _planned_node,
     _setup,
     bit_unknown,
+    ports_left,
     refused_setup,
 )
 from portmapctl.ops.check.repair_report import (
@@ -124,12 +124,11 @@ def _repair_family(
     def taking_nothing(live: NatTable, these: Sequence[MappingConfig]) -> Transaction:
         for name in {dnat_chain_name(c) for c in these}:
             moved.pop(name, None)  # planned again from a fresh read
-        txn, taken = plan_taking_nothing(
+        txn, left = ports_left(
             live, these, lambda cs: _plan(cs, None, cache, unread=unread)(live), cached
         )
-        for name, took in taken.items():
+        for name, why in left.items():
             first = next(c for c in these if dnat_chain_name(c) == name)
-            why = took.why(holder_name(live, took.holder), cached)
             moved[name] = Unrepaired(family, first.network, first.container_id, name, why)
         return txn
 

@@ -7,7 +7,7 @@ both plan from. A module of its own so that neither repair imports the other's."
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Callable, Collection, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from portmapctl.core.mapping import MappingConfig
 from portmapctl.core.validate import CONFIG_KEYS, Spelling
@@ -20,6 +20,7 @@ from portmapctl.ops.check.cache_now import CacheNow
 from portmapctl.ops.check.compare import in_live_order
 from portmapctl.ops.check.expected import wanted_on_node, wanted_sharing
 from portmapctl.ops.check.hints import REPAIR_COMMAND, WOULD_LEAVE
+from portmapctl.ops.check.port_moves import holder_name, plan_taking_nothing
 from portmapctl.ops.check.problem import Problem
 from portmapctl.ops.check.read_once import ReadOnce
 from portmapctl.ops.check.unread_entries import in_chain_order, unheld
@@ -125,15 +126,33 @@ def refused_setup(
     ) or unwritable_entry(dnat_chain_name(config), live, "repair again")
 
 
+def ports_left(
+    live: NatTable,
+    these: Sequence[MappingConfig],
+    plan: Callable[[Sequence[MappingConfig]], Transaction],
+    cached: Collection[str],
+) -> Tuple[Transaction, Dict[str, str]]:
+    """`plan(these)` less the chains that would take a port from another mapping
+    (port_moves.plan_taking_nothing, `cached` as there), and by chain why each of those
+    is left, in the node repair's words."""
+    txn, taken = plan_taking_nothing(live, these, plan, cached)
+    return txn, {
+        name: took.why(holder_name(live, took.holder), cached) for name, took in taken.items()
+    }
+
+
 def refused_left(
     problems: Sequence[Problem],
     configs: Sequence[MappingConfig],
     tables: Mapping[int, NatTable],
+    unread: frozenset[str] = frozenset(),
 ) -> Tuple[Problem, ...]:
     """The node check's `problems` whose fix is its --repair, those of a cached chain
-    that repair refuses in that family before it tries (refused_setup, as its
-    `usable` asks it of `configs`: of every config that wants the chain) saying why
-    instead, in its words, as one mapping's check does (repair_one.repair_left).
+    that repair leaves in that family saying why instead, in its words, as one
+    mapping's check does (repair_one.repair_left): where it refuses the chain before it
+    tries (refused_setup, as its `usable` asks it of `configs`: of every config that
+    wants the chain), or its plan of the rest would take a port from another mapping
+    (ports_left, planned as its `taking_nothing` plans: `unread` as _plan's).
     Offered, `check --repair` wrote nothing and said `could not repair`, every run."""
     offered = {
         (p.family, p.chain)
@@ -141,14 +160,29 @@ def refused_left(
         if p.family in tables and not p.in_nftables and REPAIR_COMMAND in p.fix
     }
     why: Dict[Tuple[int, str], Optional[str]] = {}
+    usable: Dict[int, List[MappingConfig]] = {}  # by family: the offered chains' configs kept
     for config in configs if offered else ():
         name = dnat_chain_name(config)
         for family in config.families:
-            key = (family, name)
-            if key in offered and why.get(key, "") is not None:
-                # (One config of the chain the repair takes makes it: then not left.)
-                refused = refused_setup(config, tables[family])
-                why[key] = None if refused is None else why.get(key, refused)
+            if (family, name) not in offered:
+                continue
+            refused = refused_setup(config, tables[family])
+            if refused is None:
+                # (One config of the chain the repair takes makes it: then not refused.)
+                why[(family, name)] = None
+                usable.setdefault(family, []).append(config)
+            else:
+                why.setdefault((family, name), refused)
+    # Only the offered chains are planned: the others' plans are no-ops, or not the
+    # repair's (in doubt, unread, torn down), and a plan of 5,000 chains costs.
+    cached = {dnat_chain_name(c) for c in configs}
+    for family, these in usable.items():
+
+        def plan(cs: Sequence[MappingConfig], live: NatTable = tables[family]) -> Transaction:
+            return _plan(cs, None, unread=unread)(live)  # (no CacheNow: nothing read again)
+
+        _, moved = ports_left(tables[family], these, plan, cached)
+        why.update({(family, name): left for name, left in moved.items()})
     return tuple(
         replace(p, fix=WOULD_LEAVE.format(why=left))
         if (left := why.get((p.family or 0, p.chain or ""))) is not None and REPAIR_COMMAND in p.fix

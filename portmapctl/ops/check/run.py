@@ -16,6 +16,7 @@ from portmapctl.errors import HostProblem
 from portmapctl.iptables import inventory, plugin_rules
 from portmapctl.iptables.chains import (
     DNAT_PREFIX,
+    chain_name,
     dnat_chain_name,
 )
 from portmapctl.iptables.ruleset import (
@@ -31,6 +32,7 @@ from portmapctl.ops.check.unread_entries import (
     node_writes,
     node_written,
     unread_left,
+    unread_pairs,
     written_families,
 )
 from portmapctl.ops.node import Node, side_by_side
@@ -144,12 +146,14 @@ def check_node(node: Node) -> CheckResult:
         )
         result = replace(result, problems=problems)
     if read.tables and any(REPAIR_COMMAND in p.fix for p in result.problems):
-        # Where its repair refuses a cached chain before it tries (its
-        # externalSetMarkChain missing, an entry rule it cannot write back): said so.
+        # Where its repair leaves a cached chain (its externalSetMarkChain missing, an
+        # entry rule it cannot write back, a port it would take from another mapping):
+        # said so.
         from portmapctl.ops.check.repair_plan import refused_left
 
         configs = cached_configs(followed.written(followed.attachments or ()))
-        problems = refused_left(result.problems, configs, read.tables)
+        unread = frozenset(chain_name(*p) for p in unread_pairs(followed.attachments))
+        problems = refused_left(result.problems, configs, read.tables, unread)
         result = replace(result, problems=problems)
     if not followed.ignored:
         return result
