@@ -15,7 +15,16 @@ import pmctl
 import pytest
 import realplugin as rp
 import upstream
-from test_nft_commands import API, WEB, _container_rules, _plugin_add, _pm, _pmctl, node  # noqa: F401
+from test_nft_commands import (  # noqa: F401
+    API,
+    WEB,
+    _container_rules,
+    _delete_port_rule,
+    _plugin_add,
+    _pm,
+    _pmctl,
+    node,
+)
 from test_nft_migration import _both_rulesets, _debian_gone
 
 from portmapctl.iptables.chains import chain_name
@@ -1133,3 +1142,41 @@ def test_add_follows_a_container_kept_in_nftables_where_iptables_nft_cannot_save
     assert done.returncode == 0, done.stdout + done.stderr
     assert "its rules are in the plugin's nftables tables alone" in done.stderr, done.stderr
     assert ("ip", "hostports", "new1") in _container_rules(node)
+
+
+@pytest.mark.parametrize("form", ["node", "mapping"])
+def test_a_container_whose_repair_would_take_a_port_is_offered_no_repair(
+    node: str, tmp_path: Path, form: str
+) -> None:
+    """v1.9.1 ADDs ctr-a (tcp/8080, tcp/9090), then ctr-b (tcp/8080); ctr-a's 8080 rule
+    deleted (`nft delete rule ... handle`): ctr-b has the port now, and the repair
+    leaves ctr-a as it is ("could not repair IPv4 podman/ctr-a (hostports): its rules
+    would take tcp/8080 from ctr-b ..."), nothing written, exit 1. The check (of the
+    node, and of that one mapping) offered `check --repair` for ctr-a's
+    nft-missing-rules on every run: a cron job's loop. It names no fix and says why
+    in the repair's words."""
+    a = ("ctr-a", ["10.88.0.21/16"], [_pm(8080, 80), _pm(9090, 90)])
+    conf_a = _plugin_add(node, tmp_path, a)
+    _plugin_add(node, tmp_path, ("ctr-b", ["10.88.0.22/16"], [_pm(8080, 8080)]))
+    _delete_port_rule(node, "ctr-a", 8080)
+    given: list = []
+    if form == "mapping":
+        path = tmp_path / "ctr-a.json"
+        path.write_text(json.dumps(conf_a))
+        given = ["--container", "ctr-a", "--cni-config", str(path)]
+    checked = _pmctl(node, tmp_path, "check", *given, "-o", "json")
+    assert checked.returncode == 1, checked.stdout + checked.stderr
+    own = [p for p in _problems(checked) if p["container_id"] == "ctr-a"]
+    assert [(p["kind"], p["family"]) for p in own] == [("nft-missing-rules", 4)], own
+    assert _offered(checked) == []  # (before: ctr-a's nft-missing-rules)
+    text = _pmctl(node, tmp_path, "check", *given)
+    assert "check --repair" not in text.stdout, text.stdout
+    before = _both_rulesets(node)
+    repaired = _pmctl(node, tmp_path, "check", "--repair", *given, "-o", "json")
+    assert repaired.returncode == 1, repaired.stdout + repaired.stderr
+    assert _both_rulesets(node) == before
+    why = _repair_line(repaired.stderr, "could not repair IPv4 podman/ctr-a (hostports): ")
+    assert "would take tcp/8080 from ctr-b (hostports)" in why, why
+    assert own[0]["why"].endswith(f"--repair would leave it as it is: {why}"), own
+    again = _pmctl(node, tmp_path, "check", *given, "-o", "json")
+    assert _problems(again) == _problems(checked)

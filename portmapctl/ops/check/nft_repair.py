@@ -154,14 +154,15 @@ class _CacheAgain:
 class NftRepaired(NamedTuple):
     """What nft_repair did: its `nft -f` text, the (config, families) it (re)made,
     for the ADD's side effects, the cache entries as the plan last read them, and the
-    containers left as they are because their repair would take a port another has
-    (port_moves)."""
+    containers left as they are (`moved`: those because their repair would take a port
+    another has, port_moves; in `left` too)."""
 
     text: str
     changed: List[Tuple[MappingConfig, List[int]]]
     attachments: Optional[List[Attachment]]
     left: Tuple[Unrepaired, ...] = ()
     warnings: Tuple[str, ...] = ()  # (a try whose nft died, found gone in: errors.found_in)
+    moved: Tuple[Unrepaired, ...] = ()
 
 
 def nft_repair(
@@ -314,10 +315,11 @@ def nft_repair(
         left_unwritten = _not_written(after, unwritten, refused, families)
         notes += held_notes(after, held, refused)
     cached = {a.container_id for a in attachments}
-    left = tuple(
+    moved = tuple(
         Unrepaired(t.family, c.network, c.container_id, t.chain, t.why(nft_holder_name(t), cached))
         for c, t in (taken[k] for k in sorted(taken))
-    ) + tuple(
+    )
+    left = moved + tuple(
         u
         for a in sorted(cache.torn_down.values(), key=lambda a: (a.network, a.container_id))
         for f in families
@@ -326,8 +328,17 @@ def nft_repair(
     if unwritten:
         left += left_unwritten
     if not text or not planned:
-        return NftRepaired(text, [], now, left, tuple(notes))
-    return NftRepaired(text, nft_changed(*planned[-1]), now, left, tuple(notes))
+        return NftRepaired(text, [], now, left, tuple(notes), moved)
+    return NftRepaired(text, nft_changed(*planned[-1]), now, left, tuple(notes), moved)
+
+
+def nft_ports_left(
+    node: Node, attachments: Sequence[Attachment], in_doubt: ReadOnly[str, str]
+) -> Tuple[Unrepaired, ...]:
+    """The containers (by family) nft_repair would leave as they are because their
+    repair would take a port another has, in its words: its own plan, not applied
+    (dry run). For the node's check, which offered that repair to them on every run."""
+    return nft_repair(node, attachments, dry_run=True, in_doubt=in_doubt).moved
 
 
 def _shared_written(txn: NftTransaction) -> bool:

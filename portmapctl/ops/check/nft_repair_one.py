@@ -40,6 +40,7 @@ def repair_mapping(
     planned: Optional[List[NftTransaction]] = None,
     left: Optional[Dict[int, PortTaken]] = None,
     notes: Optional[List[str]] = None,
+    dry_run: bool = False,
 ) -> Tuple[str, List[int]]:
     """Make one nft-backed mapping as the plugin's ADD would, and delete the rules of
     its container that its config does not make (what check_mapping calls extra): the
@@ -48,7 +49,8 @@ def repair_mapping(
     a family where that would take a port another container has (port_moves): `left`
     gets why, by family.
     `notes`: gets the warning for a try whose nft died and that went in (found_in), and
-    the line of each family whose entry it left as it is (nft_refused.held_notes)."""
+    the line of each family whose entry it left as it is (nft_refused.held_notes).
+    `dry_run`: planned, not applied (ports_left)."""
     from portmapctl.nftables import planner
     from portmapctl.nftables.layout import lone_families
     from portmapctl.nftables.problems import refuses_the_plugins_rules
@@ -121,12 +123,26 @@ def repair_mapping(
 
     said = [] if notes is None else notes
     went_in = _judged(tried, lambda txn: txn, said)
-    text = node.converge_nft(plan, went_in=went_in)
-    if held:
+    text = node.converge_nft(plan, dry_run=dry_run, went_in=went_in)
+    if held and notes is not None:
         # The entry it left, said as nft_repair says it: the check's rows of that entry
         # name it as why --repair leaves them, and the repair said nothing of it.
         said += held_notes(node.read_nft(), held, refused)
     return text, (list(written) if text else [])
+
+
+def left_why(took: PortTaken) -> str:
+    """Why repair_mapping leaves a family whose repair would take `took`'s port."""
+    return took.why(nft_holder_name(took))
+
+
+def ports_left(node: Node, config: MappingConfig, families: Tuple[int, ...]) -> Dict[int, str]:
+    """By family, why repair_mapping of `config` would leave it as it is because its
+    repair would take a port another has: its own plan, not applied (dry run). For the
+    one-mapping check, which offered that repair on every run."""
+    left: Dict[int, PortTaken] = {}
+    repair_mapping(node, config, families, left=left, dry_run=True)
+    return {f: left_why(t) for f, t in left.items()}
 
 
 def repair_nft_mapping(
@@ -185,9 +201,7 @@ def repair_nft_mapping(
         if flush_udp and text and tried:
             warnings += flush_routed_after(node, tried[-1])
         unrepaired = dead + [
-            Unrepaired(
-                t.family, config.network, config.container_id, t.chain, t.why(nft_holder_name(t))
-            )
+            Unrepaired(t.family, config.network, config.container_id, t.chain, left_why(t))
             for _, t in sorted(left.items())
         ]
         warnings += [u.text for u in unrepaired]

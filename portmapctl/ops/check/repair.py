@@ -392,13 +392,13 @@ def repair(
             p.kind == ProblemKind.DUPLICATE_ENTRY and p.in_nftables for p in before.problems
         )
         if nft_ids or nft_copies:
-            text, nft_changed, attachments, nft_left, nft_notes = nft_repair.nft_repair(
+            text, nft_changed, attachments, nft_left, nft_notes, _ = nft_repair.nft_repair(
                 node,
                 attachments,
                 dry_run=False,
                 planned=nft_tried,
                 dedupe=nft_copies,
-                in_doubt=_in_doubt_why(in_doubt, followed),
+                in_doubt=in_doubt_why(in_doubt, followed),
             )
             unrepaired += nft_left
             if text:
@@ -460,7 +460,7 @@ def repair(
     return _repaired(before, after, transactions, warnings, unrepaired)
 
 
-def _in_doubt_why(in_doubt: Sequence[Attachment], judged: Followed) -> Dict[str, str]:
+def in_doubt_why(in_doubt: Sequence[Attachment], judged: Followed) -> Dict[str, str]:
     """By path, why nft_repair writes nothing for the entries whose backend is in doubt
     (followed_entries.follow_the_plugin): the plugin that added them may keep them in
     iptables (`judged.gone`: those of which nothing is left, ops/nft.py nothing_left;

@@ -26,7 +26,7 @@ from portmapctl.ops.check.diagnose import diagnose, diagnose_mapping, iptables_c
 from portmapctl.ops.check.expected import cached_configs, sharing_chain
 from portmapctl.ops.check.followed import KeyInDoubt, followed, nft_mapping
 from portmapctl.ops.check.followed_entries import follow_the_plugin, in_doubt_left, left_alone
-from portmapctl.ops.check.hints import REPAIR_COMMAND, fixes_for
+from portmapctl.ops.check.hints import REPAIR_COMMAND, WOULD_LEAVE, fixes_for
 from portmapctl.ops.check.problem import CheckResult, Problem
 from portmapctl.ops.check.unread_entries import (
     node_writes,
@@ -154,6 +154,28 @@ def check_node(node: Node) -> CheckResult:
         configs = cached_configs(followed.written(followed.attachments or ()))
         unread = frozenset(chain_name(*p) for p in unread_pairs(followed.attachments))
         problems = refused_left(result.problems, configs, read.tables, unread)
+        result = replace(result, problems=problems)
+    if followed.attachments and any(
+        p.in_nftables and p.container_id is not None and REPAIR_COMMAND in p.fix
+        for p in result.problems
+    ):
+        # Where its repair leaves a container's family because it would take a port
+        # another mapping has (port_moves): said so, as the repair plans it (dry run).
+        from portmapctl.ops.check.nft_repair import nft_ports_left
+        from portmapctl.ops.check.repair import in_doubt_why
+
+        moved = nft_ports_left(
+            node, followed.attachments, in_doubt_why(followed.in_doubt, followed)
+        )
+        whys = {(u.family, u.network, u.container_id): u.why for u in moved}
+        problems = tuple(
+            replace(p, fix=WOULD_LEAVE.format(why=why))
+            if p.in_nftables
+            and REPAIR_COMMAND in p.fix
+            and (why := whys.get((p.family, p.network, p.container_id))) is not None
+            else p
+            for p in result.problems
+        )
         result = replace(result, problems=problems)
     if not followed.ignored:
         return result
@@ -331,7 +353,29 @@ def check_mapping(
             replace(p, fix=None) if p.fix == SAME_WITH_REPAIR else p for p in result.problems
         )
         result = replace(result, problems=problems)
+    if nft_mapping(node, config):
+        result = _nft_ports_left(node, config, result)
     return result
+
+
+def _nft_ports_left(node: Node, config: MappingConfig, result: CheckResult) -> CheckResult:
+    """`result` (the check of one nft-backed mapping) where its --repair leaves a family
+    because it would take a port another mapping has (port_moves): those rows say so,
+    as that repair plans it (dry run). Not in the repair's own check before and after
+    (check_followed): the after names its `could not repair` line."""
+    offered = sorted({p.family for p in result.problems if p.fix == SAME_WITH_REPAIR and p.family})
+    if not offered:
+        return result
+    from portmapctl.ops.check.nft_repair_one import ports_left
+
+    moved = ports_left(node, config, tuple(offered))
+    problems = tuple(
+        replace(p, fix=WOULD_LEAVE.format(why=moved[p.family]))
+        if p.fix == SAME_WITH_REPAIR and p.family in moved
+        else p
+        for p in result.problems
+    )
+    return replace(result, problems=problems)
 
 
 def check_followed(
@@ -369,7 +413,6 @@ def check_followed(
         if any(p.fix == SAME_WITH_REPAIR for p in problems):
             # Its own interface being torn down: its --repair writes nothing in that
             # family (torn_down.nft_torn_own), so it is not offered there.
-            from portmapctl.ops.check.hints import WOULD_LEAVE
             from portmapctl.ops.check.torn_down import nft_torn_own
 
             dying = nft_torn_own(config, entries_of(node, config), ifname)
